@@ -88,7 +88,293 @@ def cli(ctx: click.Context, config: str | None, verbose: int, quiet: bool) -> No
 
 
 def main() -> None:
+    from core.errors import ResourceError
+    from core.query import QueryError
+
     try:
         cli(obj={})
+    except (ResourceError, QueryError, ConfigError) as exc:
+        _fail(str(exc), EXIT_USAGE)
     except NewswatchError as exc:
+        _fail(str(exc), EXIT_FAILED)
+
+
+# --- run ---------------------------------------------------------------------
+
+_FEED_SUFFIXES = (".xml", ".rss", ".atom", ".rdf")
+
+
+def _split_inputs(inputs: tuple[str, ...], feeds: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """URLs and feed-like files are feeds; everything else is a file or folder of articles."""
+    paths, feed_list = [], list(feeds)
+    for item in inputs:
+        low = item.lower()
+        if low.startswith(("http://", "https://", "file://")) or low.endswith(_FEED_SUFFIXES):
+            feed_list.append(item)
+        elif not Path(item).exists():
+            _fail(f"input not found: {item}")
+        else:
+            paths.append(item)
+    return paths, feed_list
+
+
+@cli.command(
+    epilog="Exit codes: 0 done, 1 --strict and some records were dead-lettered, 2 bad config or "
+    "rules (nothing ran), 3 the pipeline failed. Bad records never stop a run: they go to the "
+    "dead-letter table and file with their reason (see `newswatch deadletters`)."
+)
+@click.argument("inputs", nargs=-1)
+@click.option("--feed", "feeds", multiple=True, metavar="URL", help="An RSS/Atom feed URL or file (repeatable).")
+@click.option("--store", type=click.Path(dir_okay=False), help="SQLite store path (default: store.path).")
+@click.option("--no-ner", is_flag=True, help="Skip statistical NER (watchlist and concept linking still run).")
+@click.option("--runner", help="Beam runner (default runner.runner, DirectRunner).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON on stdout.")
+@click.option("--strict", is_flag=True, help="Exit 1 when any record was dead-lettered.")
+@click.option("--summary-only", is_flag=True, help="Print only the summary, not each article.")
+@click.pass_context
+def run(ctx, inputs, feeds, store, no_ner, runner, as_json, strict, summary_only):
+    """Run the pipeline over files, folders and feeds into the store.
+
+    \b
+    INPUTS are files or folders (.txt, .json, .jsonl, .html) and feed URLs or
+    feed files (.xml, .rss, .atom). Without INPUTS, input.paths and
+    input.feeds from the configuration are used; by default that is seeds/.
+
+    \b
+    For each article it prints the language, title and source, the entities
+    (with canonical ids where the watchlist knows them), the topics and the
+    alerts that fired; then a summary and where the results are.
+    A second run over the same input stores nothing new.
+    """
+    from pipeline.runs import execute_batch
+
+    overrides = {}
+    if store:
+        overrides["store"] = {"path": str(Path(store).resolve())}
+    if runner:
+        overrides["runner"] = {"runner": runner}
+    settings = _settings(ctx, **overrides)
+    if inputs or feeds:
+        paths, feed_list = _split_inputs(inputs, feeds)
+    else:
+        paths, feed_list = [str(p) for p in settings.input.paths], list(settings.input.feeds)
+    if not paths and not feed_list:
+        _fail("nothing to read: give files, folders or feeds, or set input.paths / input.feeds")
+    report = execute_batch(settings, paths=paths, feeds=feed_list, ner=not no_ner)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        from pipeline.report import print_run_report
+
+        print_run_report(report, show_articles=not summary_only)
+    if report.failed:
+        sys.exit(EXIT_FAILED)
+    if strict and report.summary.get("dead_lettered", 0):
+        sys.exit(EXIT_EMPTY)
+
+
+# --- search ------------------------------------------------------------------
+
+
+@cli.command(
+    epilog="Exit codes: 0 hits found, 1 no hits, 2 bad query or configuration, 3 store unavailable."
+)
+@click.argument("query", required=False, default="")
+@click.option("-e", "--entity", "entities", multiple=True, metavar="ID", help="Only articles naming this canonical id (repeatable: all must occur).")
+@click.option("-l", "--lang", "languages", multiple=True, metavar="CODE", help="Only these languages (repeatable: any).")
+@click.option("-t", "--topic", "topics", multiple=True, help="Only these topics (repeatable: any).")
+@click.option("-s", "--source", "sources", multiple=True, help="Only these sources (repeatable: any).")
+@click.option("--since", help="Published at or after (2024-05-01, 2024-05-01T10:00Z, 7d, 12h).")
+@click.option("--until", help="Published at or before.")
+@click.option("-n", "--limit", default=20, show_default=True, type=int)
+@click.option("--offset", default=0, type=int)
+@click.option("--sort", type=click.Choice(["relevance", "date"]), default="relevance", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def search(ctx, query, entities, languages, topics, sources, since, until, limit, offset, sort, as_json):
+    """Search stored articles.
+
+    \b
+    QUERY syntax:
+      peskov lavrov              both words (implicit AND)
+      "New START" OR SNV         a phrase, or a word
+      ankara NOT sport           exclude (also: ankara -sport)
+      (peskov OR lavrov) talks   grouping
+      verhandl*                  prefix
+      title:naryshkin            only in the title
+    Filters (--entity, --lang, --topic, --source, --since, --until) narrow
+    the result; a query may consist of filters only.
+
+    \b
+    Examples:
+      newswatch search '"New START"'
+      newswatch search --entity Q320225 --lang de
+      newswatch search 'Ankara AND (Gespräche OR talks)' --since 30d --json
+    """
+    from core.query import QueryError, QuerySyntaxError, SearchQuery
+    from pipeline.report import print_search_result
+    from pipeline.stores import open_store
+
+    settings = _settings(ctx)
+    try:
+        q = SearchQuery(
+            text=query, entities=list(entities), languages=list(languages), topics=list(topics),
+            sources=list(sources), since=since, until=until, limit=limit, offset=offset, sort=sort,
+        )
+    except QuerySyntaxError as exc:
+        _fail(f"{exc}\n{exc.pointer()}")
+    except QueryError as exc:
         _fail(str(exc))
+    with open_store(settings, must_exist=True) as st:
+        result = st.search(q)
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        print_search_result(result)
+    sys.exit(EXIT_OK if result.total else EXIT_EMPTY)
+
+
+# --- alerts ------------------------------------------------------------------
+
+
+@cli.group()
+def alerts():
+    """Alerts that fired, and the rules that fire them."""
+
+
+@alerts.command("list", epilog="Exit codes: 0 alerts listed, 1 none, 2 bad arguments, 3 store unavailable.")
+@click.option("-r", "--rule", "rule_id", help="Only this rule id.")
+@click.option("--since", help="Fired at or after (2024-05-01, 7d, 12h).")
+@click.option("-n", "--limit", default=50, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def alerts_list(ctx, rule_id, since, limit, as_json):
+    """List fired alerts, newest first, with the matched text and a snippet."""
+    from core.query import QueryError, parse_time
+    from pipeline.report import print_alerts
+    from pipeline.stores import open_store
+
+    settings = _settings(ctx)
+    try:
+        since_dt = parse_time(since) if since else None
+    except QueryError as exc:
+        _fail(str(exc))
+    with open_store(settings, must_exist=True) as st:
+        found = st.list_alerts(rule_id=rule_id, since=since_dt.isoformat() if since_dt else None, limit=limit)
+    if as_json:
+        _emit_json([a.to_dict() for a in found])
+    else:
+        print_alerts(found)
+    sys.exit(EXIT_OK if found else EXIT_EMPTY)
+
+
+@alerts.command("check", epilog="Exit codes: 0 valid, 2 invalid (the message names the rule and the field).")
+@click.argument("rules_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def alerts_check(ctx, rules_file, as_json):
+    """Validate an alert rule file (default: resources.rules) without running anything."""
+    from pipeline.preflight import load_alert_engine
+
+    settings = _settings(ctx)
+    engine = load_alert_engine(settings, rules_file)
+    rules = [{"id": r.id, "name": r.name} for r in engine.rules]
+    if as_json:
+        _emit_json({"ok": True, "rules": rules})
+    else:
+        click.echo(f"{len(rules)} rules OK in {rules_file or settings.resources.rules}")
+        for r in rules:
+            click.echo(f"  {r['id']}: {r['name']}")
+
+
+@alerts.command("test", epilog="Exit codes: 0 some rule fired, 1 none fired, 2 invalid rules or input.")
+@click.argument("text_file", type=click.File("r", encoding="utf-8"))
+@click.option("--lang", help="Language of the text (default: detected).")
+@click.option("--rules", "rules_file", type=click.Path(dir_okay=False), help="Rule file (default: resources.rules).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def alerts_test(ctx, text_file, lang, rules_file, as_json):
+    """Try the rules on one text (a file, or - for stdin) and show what fires and why."""
+    from pipeline.preflight import try_rules_on_text
+    from pipeline.report import print_alerts
+
+    settings = _settings(ctx)
+    fired = try_rules_on_text(settings, text_file.read(), language=lang, rules_file=rules_file)
+    if as_json:
+        _emit_json([a.to_dict() for a in fired])
+    else:
+        print_alerts(fired) if fired else click.echo("no rule fired")
+    sys.exit(EXIT_OK if fired else EXIT_EMPTY)
+
+
+# --- dead letters ------------------------------------------------------------
+
+
+@cli.command("deadletters", epilog="Exit codes: 0 listed, 1 none, 3 store unavailable.")
+@click.option("--stage", help="Only this stage (files.read, feeds.parse, parse, ...).")
+@click.option("-n", "--limit", default=50, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, payloads included.")
+@click.pass_context
+def deadletters(ctx, stage, limit, as_json):
+    """List dead-lettered records with their stage and reason."""
+    from pipeline.report import print_dead_letters
+    from pipeline.stores import open_sqlite
+
+    settings = _settings(ctx)
+    with open_sqlite(settings, must_exist=True) as st:
+        letters = st.list_dead_letters(stage=stage, limit=limit)
+    if as_json:
+        _emit_json([d.to_dict() for d in letters])
+    else:
+        print_dead_letters(letters)
+    sys.exit(EXIT_OK if letters else EXIT_EMPTY)
+
+
+# --- config ------------------------------------------------------------------
+
+
+@cli.group()
+def config():
+    """Show and validate the configuration."""
+
+
+@config.command("check", epilog="Exit codes: 0 everything usable, 2 something is invalid or unreachable.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--offline", is_flag=True, help="Do not contact Kafka or the search server.")
+@click.pass_context
+def config_check(ctx, as_json, offline):
+    """Validate settings, resource files, NLP models and configured servers.
+
+    Like spaCy's `debug config`: every problem is reported with the file,
+    entry and field, before anything runs. Missing NER models are warnings:
+    the pipeline then runs on watchlist and concept matching for that language.
+    """
+    from pipeline.preflight import run_checks
+
+    settings = _settings(ctx)
+    checks = run_checks(settings, connect=not offline)
+    bad = [c for c in checks if c.status == "error"]
+    if as_json:
+        _emit_json({"ok": not bad, "checks": [c.to_dict() for c in checks]})
+    else:
+        colours = {"ok": "green", "warning": "yellow", "error": "red", "off": None}
+        for c in checks:
+            click.echo(click.style(f"{c.status:>7}", fg=colours[c.status]) + f"  {c.name}: {c.detail}")
+        click.echo(f"\n{'configuration OK' if not bad else f'{len(bad)} problem(s)'}")
+    sys.exit(EXIT_USAGE if bad else EXIT_OK)
+
+
+@config.command("show")
+@click.pass_context
+def config_show(ctx):
+    """Print the effective settings (YAML + environment + defaults) as JSON; secrets masked."""
+    from core.settings import describe_settings
+
+    _emit_json(describe_settings(_settings(ctx)))
+
+
+@config.command("env")
+def config_env():
+    """List every environment variable newswatch reads, with its default."""
+    for env, default, desc in env_var_docs():
+        click.echo(f"{env}\n    default: {default}" + (f"\n    {desc}" if desc else ""))
