@@ -60,7 +60,23 @@ def _env_help() -> str:
     return "\n".join(f"  {env}" for env, _, _ in env_var_docs())
 
 
+class _Cli(click.Group):
+    """Turns newswatch errors into a message and a stable exit code, for every subcommand."""
+
+    def invoke(self, ctx):
+        from core.errors import ResourceError
+        from core.query import QueryError
+
+        try:
+            return super().invoke(ctx)
+        except (ResourceError, QueryError, ConfigError) as exc:
+            _fail(str(exc), EXIT_USAGE)
+        except NewswatchError as exc:
+            _fail(str(exc), EXIT_FAILED)
+
+
 @click.group(
+    cls=_Cli,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Configuration: newswatch reads --config FILE (or $NEWSWATCH_CONFIG) and then environment "
     "variables NEWSWATCH_<SECTION>__<FIELD>; see `newswatch config env` for the full list and "
@@ -88,15 +104,7 @@ def cli(ctx: click.Context, config: str | None, verbose: int, quiet: bool) -> No
 
 
 def main() -> None:
-    from core.errors import ResourceError
-    from core.query import QueryError
-
-    try:
-        cli(obj={})
-    except (ResourceError, QueryError, ConfigError) as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except NewswatchError as exc:
-        _fail(str(exc), EXIT_FAILED)
+    cli(obj={})
 
 
 # --- run ---------------------------------------------------------------------
