@@ -78,6 +78,9 @@ class IndexSettings(_Section):
     verify_certs: bool = True
     bulk_size: int = Field(200, ge=1)
     timeout_s: float = Field(30.0, gt=0)
+    retry_deadline_s: float = Field(
+        300.0, gt=0, description="Writes retry an unreachable or overloaded server this long, then fail (Beam retries the bundle)."
+    )
 
     @property
     def enabled(self) -> bool:
@@ -220,6 +223,25 @@ def describe_settings(settings: Settings) -> dict[str, Any]:
     return settings.model_dump(mode="json")
 
 
+def _show_default(value: Any) -> str:
+    """A default as a user would type it in the environment (lists and dicts as JSON)."""
+    import json
+
+    def plain(v):
+        if isinstance(v, Path):
+            try:
+                return str(v.relative_to(PROJECT_ROOT))
+            except ValueError:
+                return str(v)
+        return v
+
+    if isinstance(value, (list, tuple)):
+        return json.dumps([plain(v) for v in value], ensure_ascii=False)
+    if isinstance(value, dict):
+        return json.dumps({k: plain(v) for k, v in value.items()}, ensure_ascii=False)
+    return "(unset)" if value is None else str(plain(value))
+
+
 def env_var_docs() -> list[tuple[str, str, str]]:
     """(environment variable, default, description) for every field, for --help and docs."""
     rows = []
@@ -227,11 +249,5 @@ def env_var_docs() -> list[tuple[str, str, str]]:
         model = section_field.annotation
         for name, f in model.model_fields.items():
             env = f"{ENV_PREFIX}{section_name.upper()}__{name.upper()}"
-            default = f.get_default(call_default_factory=True)
-            if isinstance(default, Path):
-                try:
-                    default = default.relative_to(PROJECT_ROOT)
-                except ValueError:
-                    pass
-            rows.append((env, str(default), f.description or ""))
+            rows.append((env, _show_default(f.get_default(call_default_factory=True)), f.description or ""))
     return rows
