@@ -27,8 +27,16 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_EMPTY, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+def _setup_logging(verbose: int, quiet: bool, *, long_running: bool = False) -> None:
+    """Short commands log warnings only; long ones (run, ingest) also progress at INFO."""
+    if quiet:
+        level = logging.WARNING
+    elif verbose > 1:
+        level = logging.DEBUG
+    elif verbose or long_running:
+        level = logging.INFO
+    else:
+        level = logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
@@ -100,7 +108,8 @@ def cli(ctx: click.Context, config: str | None, verbose: int, quiet: bool) -> No
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
-    _setup_logging(verbose, quiet)
+    ctx.obj["log"] = (verbose, quiet)
+    _setup_logging(verbose, quiet, long_running=ctx.invoked_subcommand in ("run", "ingest"))
 
 
 def main() -> None:
@@ -188,7 +197,7 @@ def run(ctx, inputs, feeds, store, no_ner, runner, as_json, strict, summary_only
     epilog="Exit codes: 0 hits found, 1 no hits, 2 bad query or configuration, 3 store unavailable."
 )
 @click.argument("query", required=False, default="")
-@click.option("-e", "--entity", "entities", multiple=True, metavar="ID", help="Only articles naming this canonical id (repeatable: all must occur).")
+@click.option("-e", "--entity", "entities", multiple=True, metavar="ID|NAME", help="Only articles naming this entity: a canonical id (Q320225) or a name in any spelling (Naryshkin, Нарышкин). Repeatable: all must occur.")
 @click.option("-l", "--lang", "languages", multiple=True, metavar="CODE", help="Only these languages (repeatable: any).")
 @click.option("-t", "--topic", "topics", multiple=True, help="Only these topics (repeatable: any).")
 @click.option("-s", "--source", "sources", multiple=True, help="Only these sources (repeatable: any).")
@@ -217,16 +226,20 @@ def search(ctx, query, entities, languages, topics, sources, since, until, limit
     Examples:
       newswatch search '"New START"'
       newswatch search --entity Q320225 --lang de
+      newswatch search --entity Нарышкин --entity "New START"
       newswatch search 'Ankara AND (Gespräche OR talks)' --since 30d --json
     """
     from core.query import QueryError, QuerySyntaxError, SearchQuery
     from pipeline.report import print_search_result
     from pipeline.stores import open_store
 
+    from pipeline.lookup import resolve_entity
+
     settings = _settings(ctx)
+    entity_ids = [resolve_entity(settings, e) for e in entities]
     try:
         q = SearchQuery(
-            text=query, entities=list(entities), languages=list(languages), topics=list(topics),
+            text=query, entities=entity_ids, languages=list(languages), topics=list(topics),
             sources=list(sources), since=since, until=until, limit=limit, offset=offset, sort=sort,
         )
     except QuerySyntaxError as exc:
@@ -313,6 +326,58 @@ def alerts_test(ctx, text_file, lang, rules_file, as_json):
     else:
         print_alerts(fired) if fired else click.echo("no rule fired")
     sys.exit(EXIT_OK if fired else EXIT_EMPTY)
+
+
+# --- entities ----------------------------------------------------------------
+
+
+@cli.group()
+def entities():
+    """The watchlist and concepts: canonical ids and how names resolve."""
+
+
+@entities.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def entities_list(ctx, as_json):
+    """List watchlist entries and concepts with their canonical ids."""
+    from pipeline.lookup import list_entries
+
+    rows = list_entries(_settings(ctx))
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['id']:<24} {r['label']:<7} {r['name']}")
+
+
+@entities.command("link", epilog="Exit codes: 0 something linked, 1 nothing linked.")
+@click.argument("text")
+@click.option("--lang", help="Language of the text (default: detected).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def entities_link(ctx, text, lang, as_json):
+    """Show which watchlist entries and concepts a text names (no statistical NER).
+
+    \b
+    Example:
+      newswatch entities link "Сергей Нарышкин встретился с Бернсом в Анкаре"
+    """
+    from transforms.language import LanguageDetector
+    from transforms.watchlist import EntityLinker
+
+    settings = _settings(ctx)
+    language = lang or LanguageDetector.from_settings(settings).detect(text)[0]
+    found = EntityLinker.from_settings(settings).link(text, language)
+    if as_json:
+        _emit_json({"language": language, "entities": [e.to_dict() for e in found]})
+    else:
+        click.echo(f"language: {language}")
+        for e in found:
+            click.echo(f"  «{e.text}» [{e.start}:{e.end}] → {e.canonical_id} {e.canonical_name} ({e.label}, {e.source})")
+        if not found:
+            click.echo("  nothing linked")
+    sys.exit(EXIT_OK if found else EXIT_EMPTY)
 
 
 # --- dead letters ------------------------------------------------------------
