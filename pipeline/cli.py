@@ -102,7 +102,7 @@ def cli(ctx: click.Context, config: str | None, verbose: int, quiet: bool) -> No
       newswatch run                       # process seeds/ into the local store
       newswatch run ./articles https://example.org/feed.xml
       newswatch search '"New START" AND Ankara'
-      newswatch search --entity Q315525   # everything naming Sergei Naryshkin
+      newswatch search --entity Q320225   # everything naming Sergei Naryshkin
       newswatch alerts list
       newswatch config check
     """
