@@ -18,6 +18,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from core.errors import RecordError
+from core.telemetry import count_stage
 from core.records import DeadLetter
 
 DEAD = "dead"
@@ -107,9 +108,11 @@ class RecordFn(beam.DoFn):
             outputs = list(self._fn(element))
         except RecordError as exc:
             self._bad.inc()
+            count_stage(self._stage, "dead")
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(self._stage, element, exc))
             return
         self._ok.inc()
+        count_stage(self._stage, "ok")
         yield from outputs
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 from typing import Iterable, Sequence
@@ -48,8 +49,36 @@ def unknown_key(label: str, text: str, normal: str | None = None) -> str:
     return f"{label}:{names.name_key(normal or text)}"
 
 
-def _overlaps(a: Entity, b: Entity) -> bool:
-    return a.field == b.field and a.start < b.end and b.start < a.end
+class _Occupied:
+    """Character ranges already given to an entity, per field, with fast overlap tests."""
+
+    def __init__(self, entities: Iterable[Entity] = ()):
+        self._starts: dict[str, list[int]] = {}
+        self._ends: dict[str, list[int]] = {}
+        self._longest: dict[str, int] = {}
+        for e in entities:
+            self.add(e)
+
+    def add(self, e: Entity) -> None:
+        starts = self._starts.setdefault(e.field, [])
+        i = bisect.bisect_left(starts, e.start)
+        starts.insert(i, e.start)
+        self._ends.setdefault(e.field, []).insert(i, e.end)
+        self._longest[e.field] = max(self._longest.get(e.field, 0), e.end - e.start)
+
+    def overlaps(self, e: Entity) -> bool:
+        starts = self._starts.get(e.field)
+        if not starts:
+            return False
+        ends = self._ends[e.field]
+        # Only ranges starting before e.end and no further back than the longest range can reach e.
+        lowest = e.start - self._longest[e.field]
+        j = bisect.bisect_left(starts, e.end) - 1
+        while j >= 0 and starts[j] >= lowest:
+            if ends[j] > e.start:
+                return True
+            j -= 1
+        return False
 
 
 def merge_entities(
@@ -70,14 +99,20 @@ def merge_entities(
     """
     out = list(linked)
     known_ids = {e.canonical_id for e in linked if e.canonical_id}
+    taken = _Occupied(out)
+    resolved: dict[str, object] = {}
     kept: list[Entity] = []
     for span in sorted(ner_spans, key=lambda e: (-(e.end - e.start), e.start)):
-        if any(_overlaps(span, e) for e in out) or any(_overlaps(span, e) for e in kept):
+        if taken.overlaps(span):
             continue
+        taken.add(span)
         entity = dataclasses.replace(span)
         entry = None
         if linker is not None and span.label in ("PER", "ORG", "MISC"):
-            entry = linker.resolve(span.text, language, known_ids)
+            # The same name recurs in an article; resolve each surface form once.
+            if span.text not in resolved:
+                resolved[span.text] = linker.resolve(span.text, language, known_ids)
+            entry = resolved[span.text]
             if entry is not None and entry.source == "watchlist" and entry.label != span.label:
                 entry = None
         if entry is not None:

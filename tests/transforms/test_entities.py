@@ -136,3 +136,22 @@ def test_english_ner_merges_with_links(linker):
     assert keys["Konstantin Yaroshenko"] == "PER:konstantin iaroshenko"
     spans = [(e.field, e.start, e.end) for e in tagged.entities]
     assert len(spans) == len(set(spans))
+
+
+def test_occupied_ranges_find_every_overlap_including_nested_ones():
+    import random
+
+    from core.records import Entity
+    from transforms.entities import _Occupied
+
+    rng = random.Random(5)
+    placed = []
+    occ = _Occupied()
+    for _ in range(300):
+        a = rng.randrange(0, 2000)
+        e = Entity(text="x", label="PER", start=a, end=a + rng.randint(1, 60), field=rng.choice(["title", "body"]))
+        probe = Entity(text="y", label="PER", start=(b := rng.randrange(0, 2000)), end=b + rng.randint(1, 40), field=e.field)
+        expected = any(p.field == probe.field and p.start < probe.end and probe.start < p.end for p in placed)
+        assert occ.overlaps(probe) == expected
+        occ.add(e)
+        placed.append(e)

@@ -1,0 +1,1 @@
+"""Benchmarks for newswatch. Run ``python -m bench --help``; results go to stdout and bench/results/."""
