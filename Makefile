@@ -4,7 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test unit services-start services-stop bench clean
+PRISM  := .cache/prism/prism
+BEAM_VERSION := 2.75.0
+
+.PHONY: install demo test unit prism services-start services-stop bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +22,15 @@ install: $(STAMP)
 demo: install
 	$(BIN)/newswatch run
 
+## prism: build Beam's Prism runner (local streaming) from the Go module proxy into .cache/
+prism: $(PRISM)
+
+$(PRISM):
+	@command -v go >/dev/null || { echo "error: Go is needed to build the Prism runner (https://go.dev/dl)"; exit 1; }
+	GOBIN=$(abspath $(dir $(PRISM))) GOFLAGS=-mod=mod go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$(BEAM_VERSION)
+
 ## test: start the real Kafka and OpenSearch (deploy/local), run every test, stop them
-test: install
+test: install $(PRISM)
 	deploy/local/services.sh start all
 	NEWSWATCH_REQUIRE_SERVICES=1 $(BIN)/python -m pytest; rc=$$?; deploy/local/services.sh stop all; exit $$rc
 

@@ -116,6 +116,10 @@ class MetricsSettings(_Section):
 class RunnerSettings(_Section):
     runner: str = Field("DirectRunner", description="Beam runner: DirectRunner, FlinkRunner, DataflowRunner, PrismRunner.")
     options: list[str] = Field(default_factory=list, description="Extra Beam pipeline options, e.g. --flink_master=localhost:8081.")
+    prism_location: Path | None = Field(
+        PROJECT_ROOT / ".cache" / "prism" / "prism",
+        description="Prism binary for local streaming (built by `make prism`); streaming on DirectRunner uses PrismRunner with it.",
+    )
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -165,6 +169,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     path_fields = {
         ("input", "paths"), ("fetch", "state_path"), ("store", "path"), ("store", "dead_letter_path"),
         ("resources", "watchlist"), ("resources", "concepts"), ("resources", "topics"), ("resources", "rules"),
+        ("runner", "prism_location"),
     }
     for section, name in path_fields:
         sec = data.get(section)

@@ -44,8 +44,11 @@ def _setup_logging(verbose: int, quiet: bool, *, long_running: bool = False) -> 
     root.setLevel(logging.WARNING)
     for name in ("pipeline", "connectors", "transforms", "core"):
         logging.getLogger(name).setLevel(level)
-    # Beam is chatty at INFO; keep its warnings only unless asked.
+    # Beam and the search clients are chatty (every request, expected 400s on
+    # concurrent index creation); keep their errors only unless asked.
     logging.getLogger("apache_beam").setLevel(logging.INFO if verbose > 1 else logging.WARNING)
+    for noisy in ("opensearch", "elastic_transport", "elasticsearch", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 2 else logging.ERROR)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
@@ -148,8 +151,16 @@ def _split_inputs(inputs: tuple[str, ...], feeds: tuple[str, ...]) -> tuple[list
 @click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON on stdout.")
 @click.option("--strict", is_flag=True, help="Exit 1 when any record was dead-lettered.")
 @click.option("--summary-only", is_flag=True, help="Print only the summary, not each article.")
+@click.option("--stream/--batch", "stream", default=None,
+              help="Consume the Kafka articles topic (default when kafka.bootstrap_servers is set and no INPUTS are given), or read INPUTS directly.")
+@click.option("--until-end", is_flag=True, help="With --stream: process what the topic holds now, then stop (a replay).")
+@click.option("--from", "start", type=click.Choice(["committed", "earliest", "latest"]), default="committed", show_default=True,
+              help="With --stream: where a consumer group without committed offsets starts.")
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port (default metrics.port).")
+@click.option("-o", "--option", "beam_options", multiple=True, metavar="--NAME=VALUE",
+              help="Extra Beam pipeline option, e.g. -o --flink_master=localhost:8081 (repeatable).")
 @click.pass_context
-def run(ctx, inputs, feeds, store, no_ner, runner, as_json, strict, summary_only):
+def run(ctx, inputs, feeds, store, no_ner, runner, as_json, strict, summary_only, stream, until_end, start, metrics_port, beam_options):
     """Run the pipeline over files, folders and feeds into the store.
 
     \b
@@ -162,6 +173,13 @@ def run(ctx, inputs, feeds, store, no_ner, runner, as_json, strict, summary_only
     (with canonical ids where the watchlist knows them), the topics and the
     alerts that fired; then a summary and where the results are.
     A second run over the same input stores nothing new.
+
+    \b
+    Streaming (kafka.bootstrap_servers set): consumes the articles topic
+    until Ctrl-C, writing articles to the index (or the SQLite store), alerts
+    to the alerts topic and index, dead letters to their topic. Locally it
+    runs on Beam's Prism runner (`make prism`); on a cluster pass
+    --runner FlinkRunner or DataflowRunner and -o options (see deploy/README.md).
     """
     from pipeline.runs import execute_batch
 
@@ -170,14 +188,39 @@ def run(ctx, inputs, feeds, store, no_ner, runner, as_json, strict, summary_only
         overrides["store"] = {"path": str(Path(store).resolve())}
     if runner:
         overrides["runner"] = {"runner": runner}
+    if metrics_port is not None:
+        overrides["metrics"] = {"port": metrics_port}
     settings = _settings(ctx, **overrides)
+    if stream is None:
+        stream = settings.kafka.enabled and not inputs and not feeds
+    if stream:
+        if not settings.kafka.enabled:
+            _fail("--stream needs kafka.bootstrap_servers (NEWSWATCH_KAFKA__BOOTSTRAP_SERVERS)")
+        if inputs or feeds:
+            _fail("--stream reads the Kafka topic; publish files and feeds with `newswatch ingest`")
+        from pipeline.runs import execute_streaming
+
+        outcome = execute_streaming(settings, ner=not no_ner, start=start, bounded=until_end, extra_options=list(beam_options))
+        if as_json:
+            _emit_json(outcome)
+        else:
+            c = outcome["counters"]
+            click.echo(
+                f"stream done: parsed {c.get('parse.ok', 0)}, dead-lettered {c.get('parse.dead', 0) + c.get('kafka.decode.dead', 0)}, "
+                f"alerts {sum(v for k, v in c.items() if k.startswith('alerts.fired.'))}, took {outcome['elapsed_s']} s"
+            )
+        return
     if inputs or feeds:
         paths, feed_list = _split_inputs(inputs, feeds)
     else:
         paths, feed_list = [str(p) for p in settings.input.paths], list(settings.input.feeds)
     if not paths and not feed_list:
         _fail("nothing to read: give files, folders or feeds, or set input.paths / input.feeds")
-    report = execute_batch(settings, paths=paths, feeds=feed_list, ner=not no_ner)
+    if settings.metrics.port is not None:
+        from core import telemetry
+
+        telemetry.serve(settings.metrics.port)
+    report = execute_batch(settings, paths=paths, feeds=feed_list, ner=not no_ner, extra_options=list(beam_options))
     if as_json:
         _emit_json(report.to_dict())
     else:
@@ -326,6 +369,88 @@ def alerts_test(ctx, text_file, lang, rules_file, as_json):
     else:
         print_alerts(fired) if fired else click.echo("no rule fired")
     sys.exit(EXIT_OK if fired else EXIT_EMPTY)
+
+
+# --- ingest and feeds --------------------------------------------------------
+
+
+@cli.command(epilog="Exit codes: 0 stopped cleanly, 2 bad configuration, 3 Kafka unavailable.")
+@click.option("--feed", "feeds", multiple=True, metavar="URL", help="Feed to poll (repeatable; default input.feeds). Append ' interval_s=N' for its own interval.")
+@click.option("--files", "paths", multiple=True, type=click.Path(exists=True), help="Also publish the articles in these files or folders (new or changed files only).")
+@click.option("--once", is_flag=True, help="Poll every feed once, publish, and exit (for cron and tests).")
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port (default metrics.port).")
+@click.option("--json", "as_json", is_flag=True, help="With --once: print the poll summary as JSON.")
+@click.pass_context
+def ingest(ctx, feeds, paths, once, metrics_port, as_json):
+    """Poll feeds (and folders) and publish raw articles to Kafka.
+
+    \b
+    Polite by design: a per-feed interval (fetch.interval_s, or the feed's
+    TTL), conditional GET with ETag/Last-Modified, Retry-After honoured,
+    exponential backoff with jitter for failing feeds (never given up),
+    per-host concurrency limits, timeouts and a size cap. Items already
+    published are remembered in fetch.state_path, so a restart publishes
+    only what is new. Ctrl-C stops after the polls in flight.
+
+    \b
+    Example:
+      NEWSWATCH_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:9092 \\
+        newswatch ingest --feed https://example.org/rss.xml --files ./inbox
+    """
+    from connectors.feed_poller import FeedPoller
+    from connectors.kafka import ensure_topics
+
+    overrides = {"metrics": {"port": metrics_port}} if metrics_port is not None else {}
+    settings = _settings(ctx, **overrides)
+    if not settings.kafka.enabled:
+        _fail("ingest publishes to Kafka: set kafka.bootstrap_servers (NEWSWATCH_KAFKA__BOOTSTRAP_SERVERS)")
+    feed_list = list(feeds) if feeds else None
+    if not (feed_list or settings.input.feeds or paths):
+        _fail("nothing to ingest: give --feed or --files, or set input.feeds")
+    ensure_topics(settings.kafka)
+    if settings.metrics.port is not None:
+        from core import telemetry
+
+        telemetry.serve(settings.metrics.port)
+    poller = FeedPoller(settings, feed_list, paths=list(paths) or None)
+    try:
+        if once:
+            summary = poller.run_once(force=True)
+            data = summary.to_dict() if hasattr(summary, "to_dict") else dict(vars(summary))
+            if as_json:
+                _emit_json(data)
+            else:
+                click.echo(" ".join(f"{k}={v}" for k, v in data.items()))
+        else:
+            poller.run()
+    finally:
+        poller.close()
+
+
+@cli.group()
+def feeds():
+    """Feed health for `newswatch ingest`."""
+
+
+@feeds.command("status", epilog="Exit codes: 0 all feeds healthy, 1 some feed is failing.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def feeds_status_cmd(ctx, as_json):
+    """Each feed's last success, consecutive errors, last error and next poll."""
+    from connectors.feed_poller import feeds_status
+
+    rows = feeds_status(_settings(ctx))
+    if as_json:
+        _emit_json(rows)
+    else:
+        if not rows:
+            click.echo("no feeds configured or polled yet")
+        for r in rows:
+            health = "ok" if not r.get("consecutive_errors") else f"FAILING x{r['consecutive_errors']}"
+            click.echo(f"{r['url']}\n  {health}  last success: {r.get('last_success') or 'never'}  "
+                       f"last status: {r.get('last_status') or '-'}  next poll in: {r.get('next_poll_in_s')}s  "
+                       f"items seen: {r.get('items_seen')}" + (f"\n  last error: {r['last_error']}" if r.get("last_error") else ""))
+    sys.exit(EXIT_EMPTY if any(r.get("consecutive_errors") for r in rows) else EXIT_OK)
 
 
 # --- entities ----------------------------------------------------------------

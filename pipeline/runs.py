@@ -116,3 +116,40 @@ def execute_batch(settings: Settings, *, paths: list[str], feeds: list[str], ner
         store_path=str(settings.store.path), run_dir=str(run_dir), dead_letter_path=str(settings.store.dead_letter_path),
         elapsed_s=elapsed, failed=failed, error=error, warnings=warnings,
     )
+
+
+def execute_streaming(settings: Settings, *, ner: bool = True, start: str = "committed", bounded: bool = False,
+                      group: str | None = None, extra_options: list[str] | None = None) -> dict[str, Any]:
+    """Run the Kafka pipeline: until stopped (Ctrl-C), or with ``bounded`` until the topic's current end."""
+    from connectors.kafka import ensure_topics
+    from core import telemetry
+    from pipeline.preflight import preflight_for_run
+    from pipeline.streaming import build_streaming, streaming_options
+
+    warnings = preflight_for_run(settings, ner=ner)
+    for w in warnings:
+        log.warning("%s", w)
+    ensure_topics(settings.kafka)
+    if settings.metrics.port is not None:
+        telemetry.serve(settings.metrics.port)
+    options = streaming_options(settings, extra_options, bounded=bounded)
+    log.info(
+        "stream start topic=%s group=%s sink=%s runner=%s bounded=%s",
+        settings.kafka.articles_topic, group or settings.kafka.consumer_group,
+        f"{settings.index.backend}:{','.join(settings.index.hosts)}" if settings.index.enabled else f"sqlite:{settings.store.path}",
+        options.get_all_options().get("runner"), bounded,
+    )
+    started = time.monotonic()
+    p = beam.Pipeline(options=options)
+    build_streaming(p, settings, ner=ner, start=start, stop_at_end=bounded, group=group)
+    result = p.run()
+    try:
+        result.wait_until_finish()
+    except KeyboardInterrupt:
+        log.info("stream stopping (interrupted); offsets of unfinished bundles are not committed and will be re-read")
+        try:
+            result.cancel()
+        except Exception:  # noqa: BLE001 - best effort on shutdown
+            pass
+    counters = _counters(result)
+    return {"counters": counters, "elapsed_s": round(time.monotonic() - started, 2)}
