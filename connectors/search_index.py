@@ -510,7 +510,9 @@ def highlight_fields(languages: Iterable[str] = LANGUAGE_ANALYZERS) -> dict[str,
     for lang in (None, *languages):
         suffix = f".{lang}" if lang else ""
         out["title" + suffix] = {"number_of_fragments": 0}
-        body = {"fragment_size": _BODY_FRAGMENT_CHARS, "number_of_fragments": 1}
+        # The plain highlighter: the unified one cut phrase matches in German
+        # bodies down to a single word ("«START») prüfen.") around paragraph breaks.
+        body = {"type": "plain", "fragment_size": _BODY_FRAGMENT_CHARS, "number_of_fragments": 1}
         if lang is None:
             # The start of the body when the match is only in the title, as SQLite's snippet() does.
             body["no_match_size"] = _BODY_FRAGMENT_CHARS
