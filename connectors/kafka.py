@@ -847,7 +847,15 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider):
         highwater = consumer.highwater(tp)
         if isinstance(tracker, _PartitionTracker):
             tracker.end_offset = highwater
-        caught_up = highwater is not None and consumer.position(tp) >= highwater
+        position = consumer.position(tp)
+        caught_up = highwater is not None and position >= highwater
+        if highwater is not None:
+            from core.telemetry import metrics
+
+            m = metrics()
+            m.consumer_lag.labels(f"{spec.topic}/{self._group}", str(spec.partition)).set(max(0, highwater - position))
+            if emitted:
+                m.consumed.labels(spec.topic).inc(emitted)
         self._advance_watermark(watermark, max_ts, caught_up)
         if last is not None:
             committed["offset"] = last + 1

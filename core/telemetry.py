@@ -33,8 +33,7 @@ def metrics():
             "From the article entering newswatch (Kafka timestamp or fetch time) to its alert being emitted",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
         )
-        sink_writes = Counter("newswatch_sink_writes_total", "Records written by a sink", ["sink", "kind", "outcome"])
-        consumer_lag = Gauge("newswatch_consumer_lag", "Kafka records behind the end of a partition", ["topic", "partition"])
+        consumer_lag = Gauge("newswatch_consumer_lag", "Kafka records behind the end of a partition (topic/consumer group)", ["topic", "partition"])
         consumed = Counter("newswatch_consumed_total", "Kafka records read", ["topic"])
 
     return M
