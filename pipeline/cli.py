@@ -572,7 +572,14 @@ def config_show(ctx):
 
 
 @config.command("env")
-def config_env():
-    """List every environment variable newswatch reads, with its default."""
+@click.option("--json", "as_json", is_flag=True)
+def config_env(as_json):
+    """List every environment variable newswatch reads, with its default.
+
+    Lists and maps are given as JSON, e.g. NEWSWATCH_INDEX__HOSTS='["http://127.0.0.1:9200"]'.
+    """
+    if as_json:
+        _emit_json([{"env": e, "default": d, "description": t} for e, d, t in env_var_docs()])
+        return
     for env, default, desc in env_var_docs():
         click.echo(f"{env}\n    default: {default}" + (f"\n    {desc}" if desc else ""))
