@@ -18,11 +18,22 @@ log = logging.getLogger(__name__)
 
 _served: dict[int, object] = {}
 _lock = threading.Lock()
+_families_lock = threading.Lock()
+
+
+def metrics():
+    """The metric families, created on first use (not at import).
+
+    Beam runs bundles in several threads; without the lock two first calls
+    would both register the families and one would fail with
+    DuplicateTimeseries (lru_cache does not serialise concurrent misses).
+    """
+    with _families_lock:
+        return _families()
 
 
 @functools.lru_cache(maxsize=1)
-def metrics():
-    """The metric families, created on first use (not at import)."""
+def _families():
     from prometheus_client import Counter, Gauge, Histogram
 
     class M:

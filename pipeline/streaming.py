@@ -97,11 +97,13 @@ def build_streaming(p: beam.Pipeline, settings: Settings, *, ner: bool = True, s
     k = settings.kafka
     opts = dict(start=start, stop_at_end=stop_at_end, group=group, topic=topic)
 
-    # Alert branch. Its input dead letters are the article branch's too; only that branch reports them.
-    alert_articles, _ = _front(p, settings, "alerts", **opts)
+    # Alert branch. Its front dead letters usually repeat the article branch's (same
+    # deterministic ids, absorbed by the index); they are kept because a failure that
+    # is not deterministic would otherwise lose the alert without a trace.
+    alert_articles, alert_dead_parts = _front(p, settings, "alerts", **opts)
     _, alerts, dead_alerts = alert_articles | "Alerts" >> MatchAlerts(settings)
     alerts = alerts | "AlertLatency" >> beam.ParDo(_AlertLatency())
-    alert_dead_parts = [dead_alerts]
+    alert_dead_parts.append(dead_alerts)
     kafka_rejected = alerts | "AlertsToKafka" >> WriteToKafka(k, k.alerts_topic)
     alert_dead_parts.append(kafka_rejected)
     _write(alerts, "AlertsToIndex", settings, "alerts", alert_dead_parts)
