@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -268,85 +267,10 @@ def test_the_elasticsearch_backend_refuses_opensearch(opensearch_url, unique_nam
         open_index(IndexSettings(backend="elasticsearch", hosts=[opensearch_url], index_prefix=unique_name))
 
 
-class TcpProxy:
-    """A loopback TCP proxy that can be switched off (connections reset, then refused) and on again."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self.bytes_up = 0
-        self._lock = threading.Lock()
-        self._conns: list[socket.socket] = []
-        self._listener: socket.socket | None = None
-        self._stop = threading.Event()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        listener.settimeout(0.05)
-        self._listener, self._stop = listener, threading.Event()
-        threading.Thread(target=self._accept, args=(listener, self._stop), daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._listener.close()
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
-
-    def _accept(self, listener: socket.socket, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._conns += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-                if up:
-                    self.bytes_up += len(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
-def test_a_server_outage_mid_write_is_retried_and_nothing_is_lost(opensearch_url, unique_name, caplog):
+def test_a_server_outage_mid_write_is_retried_and_nothing_is_lost(opensearch_url, unique_name, caplog, tcp_proxy_class):
     caplog.set_level(logging.INFO, logger="core.retry")
     target = urlsplit(opensearch_url)
-    proxy = TcpProxy((target.hostname, target.port))
+    proxy = tcp_proxy_class((target.hostname, target.port))
     proxy.start()
     filler = " ".join(f"Absatz {i}: Die Gespräche in Ankara über New START gingen weiter." for i in range(80))
     articles = [dataclasses.replace(CORPUS[0], id=f"o{i:04d}", body=f"{i} {filler}"[:5000]) for i in range(300)]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -423,85 +422,6 @@ def publish(k: KafkaSettings, raws: list[RawArticle]) -> None:
     assert stats.sent == len(raws) and not stats.rejected
 
 
-# --- a TCP proxy that can be switched off ------------------------------------------------------
-
-
-class TcpProxy:
-    """A loopback TCP proxy: ``stop`` resets open connections and refuses new ones; ``start`` reopens the same port."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self._lock = threading.Lock()
-        self._conns: list[socket.socket] = []
-        self._listener: socket.socket | None = None
-        self._stop = threading.Event()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        listener.settimeout(0.05)
-        self._listener, self._stop = listener, threading.Event()
-        threading.Thread(target=self._accept, args=(listener, self._stop), daemon=True).start()
-
-    def stop(self) -> None:
-        if self._listener is None:
-            return
-        self._stop.set()
-        self._listener.close()
-        self._listener = None
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
-
-    def _accept(self, listener: socket.socket, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._conns += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
 # --- fixtures --------------------------------------------------------------------------------
 
 
@@ -600,7 +520,7 @@ class Shared:
     names: Names
     kafka: KafkaSettings
     env: dict[str, str]
-    proxy: TcpProxy
+    proxy: Any  # tests.conftest.TcpProxy
     stream: Stream
     index: IndexCheck
     alerts_topic: TopicReader
@@ -609,14 +529,14 @@ class Shared:
 
 
 @pytest.fixture(scope="module")
-def shared(kafka_bootstrap, opensearch_url, tmp_path_factory, run_id, oracle):
+def shared(kafka_bootstrap, opensearch_url, tmp_path_factory, run_id, oracle, tcp_proxy_class):
     require_prism()
     names = Names.new("shared")
     k = names.kafka(kafka_bootstrap)
     ensure_topics(k)
     tmp = tmp_path_factory.mktemp("shared-stream")
     target = urlsplit(opensearch_url)
-    proxy = TcpProxy((target.hostname, target.port))
+    proxy = tcp_proxy_class((target.hostname, target.port))
     proxy.start()
     env = names.env(kafka_bootstrap, proxy.url, tmp, run_id)
     index = IndexCheck(opensearch_url, names.base)
