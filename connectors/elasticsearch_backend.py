@@ -25,24 +25,9 @@ import elastic_transport
 import elasticsearch
 from elasticsearch import Elasticsearch
 
-from connectors.search_index import Backend, IndexSetupError, ServerError, Unreachable
+from connectors.search_index import Backend, IndexSetupError, ServerError, Unreachable, error_parts as _error_parts
 
 MIN_MAJOR = 8
-
-
-def _error_parts(body: Any, fallback: str) -> tuple[str | None, str]:
-    """(type, reason) of an error body, whatever shape the server sent; the root cause says what went wrong."""
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict):
-            cause = (err.get("root_cause") or [{}])[0]
-            reason = err.get("reason") or cause.get("reason") or fallback
-            if cause.get("reason") and cause.get("reason") != reason:
-                reason = f"{reason}: {cause.get('type')}: {cause['reason']}"
-            return err.get("type") or cause.get("type"), reason
-        if isinstance(err, str):
-            return None, err
-    return None, str(body) if body else fallback
 
 
 class ElasticsearchBackend(Backend):

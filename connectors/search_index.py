@@ -630,6 +630,21 @@ def hit_from(raw: dict[str, Any], *, ranked: bool, highlight: tuple[str, str] = 
 # --- the backend interface ---------------------------------------------------------------
 
 
+def error_parts(body: Any, fallback: str) -> tuple[str | None, str]:
+    """(type, reason) of an error body, whatever shape the server sent; the root cause says what went wrong."""
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):
+            cause = (err.get("root_cause") or [{}])[0]
+            reason = err.get("reason") or cause.get("reason") or fallback
+            if cause.get("reason") and cause.get("reason") != reason:
+                reason = f"{reason}: {cause.get('type')}: {cause['reason']}"
+            return err.get("type") or cause.get("type"), reason
+        if isinstance(err, str):
+            return None, err
+    return None, str(body) if body else fallback
+
+
 class Backend(abc.ABC):
     """The few server calls the store needs, with each client's errors translated.
 

@@ -289,6 +289,19 @@ def _tokenize(q: str) -> list[_Tok]:
 # --- parser -------------------------------------------------------------------
 
 
+def _join(kind, parts: list, start: int):
+    """One node of ``kind`` (And/Or) over the parts that kept something, nested ones flattened."""
+    kept = [p for p in parts if p is not None]
+    if not kept:
+        return None
+    if len(kept) == 1:
+        return kept[0]
+    flat: list[Node] = []
+    for p in kept:
+        flat.extend(p.children if isinstance(p, kind) else (p,))
+    return kind(tuple(flat), start)
+
+
 class _Parser:
     def __init__(self, q: str):
         self.q = q
@@ -329,15 +342,7 @@ class _Parser:
             if self.peek() is None or self.peek().kind in ("OR", "AND", "RPAREN"):
                 raise self.error("OR needs a word, \"phrase\" or (group) after it", op.pos)
             parts.append(self.and_expr(fld))
-        kept = [p for p in parts if p is not None]
-        if not kept:
-            return None
-        if len(kept) == 1:
-            return kept[0]
-        flat: list[Node] = []
-        for p in kept:
-            flat.extend(p.children if isinstance(p, Or) else (p,))
-        return Or(tuple(flat), start)
+        return _join(Or, parts, start)
 
     def and_expr(self, fld: str | None) -> Node | None:
         tok = self.peek()
@@ -356,15 +361,7 @@ class _Parser:
                 if nxt is None or nxt.kind in ("OR", "AND", "RPAREN"):
                     raise self.error("AND needs a word, \"phrase\" or (group) after it", op.pos)
             parts.append(self.unary(fld))
-        kept = [p for p in parts if p is not None]
-        if not kept:
-            return None
-        if len(kept) == 1:
-            return kept[0]
-        flat: list[Node] = []
-        for p in kept:
-            flat.extend(p.children if isinstance(p, And) else (p,))
-        return And(tuple(flat), start)
+        return _join(And, parts, start)
 
     def unary(self, fld: str | None) -> Node | None:
         tok = self.peek()
