@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -205,10 +203,12 @@ def run(ctx, inputs, feeds, store, no_ner, runner, as_json, strict, summary_only
             _emit_json(outcome)
         else:
             c = outcome["counters"]
-            click.echo(
-                f"stream done: parsed {c.get('parse.ok', 0)}, dead-lettered {c.get('parse.dead', 0) + c.get('kafka.decode.dead', 0)}, "
-                f"alerts {sum(v for k, v in c.items() if k.startswith('alerts.fired.'))}, took {outcome['elapsed_s']} s"
-            )
+            alerts_fired = sum(v for k, v in c.items() if k.startswith("alerts.fired."))
+            click.echo(f"stream stopped after {outcome['elapsed_s']} s: {alerts_fired} alerts fired")
+            # Front stages run in both branches, so their counters count each record twice.
+            click.echo("counters (newswatch namespace; parse/language/link/topics cover both branches):")
+            for name in sorted(c):
+                click.echo(f"  {name}={c[name]}")
         return
     if inputs or feeds:
         paths, feed_list = _split_inputs(inputs, feeds)

@@ -10,7 +10,6 @@ the pipeline. Good records keep flowing either way.
 from __future__ import annotations
 
 import json
-import traceback
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 

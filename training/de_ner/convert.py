@@ -45,7 +45,7 @@ import random
 import re
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 DATA_DIR = Path("/work/shared/ner-data")
 GERMEVAL_DEV = "germeval2014/NER-de-dev.tsv"
