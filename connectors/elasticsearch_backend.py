@@ -137,18 +137,6 @@ class ElasticsearchBackend(Backend):
                 index=name, settings=body.get("settings"), mappings=body.get("mappings"), aliases=body.get("aliases")
             )
 
-    def put_alias(self, index: str, name: str) -> None:
-        with self._errors("put_alias"):
-            self.client.indices.put_alias(index=index, name=name)
-
-    def delete_index(self, name: str) -> None:
-        with self._errors("delete_index"):
-            self.client.indices.delete(index=name)
-
-    def refresh(self, index: str) -> None:
-        with self._errors("refresh"):
-            self.client.indices.refresh(index=index)
-
     def has_analyzer(self, name: str) -> bool:
         try:
             with self._errors("analyze"):

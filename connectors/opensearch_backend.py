@@ -125,18 +125,6 @@ class OpenSearchBackend(Backend):
         with self._errors("create_index"):
             self.client.indices.create(index=name, body=body)
 
-    def put_alias(self, index: str, name: str) -> None:
-        with self._errors("put_alias"):
-            self.client.indices.put_alias(index=index, name=name)
-
-    def delete_index(self, name: str) -> None:
-        with self._errors("delete_index"):
-            self.client.indices.delete(index=name)
-
-    def refresh(self, index: str) -> None:
-        with self._errors("refresh"):
-            self.client.indices.refresh(index=index)
-
     def has_analyzer(self, name: str) -> bool:
         with self._errors("analyze"):
             resp = self.client.indices.analyze(body={"analyzer": name, "text": "probe"}, ignore=400)

@@ -696,14 +696,19 @@ class Backend(abc.ABC):
     def create_index(self, name: str, body: dict[str, Any]) -> None:
         """Create an index; raises ServerError 400 resource_already_exists_exception if it is there."""
 
-    @abc.abstractmethod
-    def put_alias(self, index: str, name: str) -> None: ...
+    # Both clients spell these index calls alike; ``client`` and ``_errors`` come from the backend.
 
-    @abc.abstractmethod
-    def delete_index(self, name: str) -> None: ...
+    def put_alias(self, index: str, name: str) -> None:
+        with self._errors("put_alias"):
+            self.client.indices.put_alias(index=index, name=name)
 
-    @abc.abstractmethod
-    def refresh(self, index: str) -> None: ...
+    def delete_index(self, name: str) -> None:
+        with self._errors("delete_index"):
+            self.client.indices.delete(index=name)
+
+    def refresh(self, index: str) -> None:
+        with self._errors("refresh"):
+            self.client.indices.refresh(index=index)
 
     @abc.abstractmethod
     def has_analyzer(self, name: str) -> bool:
